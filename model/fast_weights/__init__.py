@@ -1,0 +1,1 @@
+"""lactron.model.fast_weights"""
