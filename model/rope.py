@@ -9,10 +9,10 @@ import torch
 
 
 def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """positions [b, s] (int) -> (cos, sin), each [b, s, head_dim/2] in float32."""
+    """positions [b, s] (int) -> (cos, sin), each [b, s, head_dim/2] in float64 (cast where applied)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim))
     ang = positions.to(torch.float64)[..., None] * inv_freq  # float64: exact angles at long positions
-    return ang.cos().float(), ang.sin().float()
+    return ang.cos(), ang.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -24,9 +24,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """
     b, s, h, d = x.shape
     r = 2 * cos.shape[-1]
-    xs = x.reshape(b, s, h * (d // r), r)
+    ct = torch.promote_types(x.dtype, torch.float32)
+    xs = x.reshape(b, s, h * (d // r), r).to(ct)
     x1, x2 = xs[..., : r // 2], xs[..., r // 2:]
-    c = cos[:, :, None, :].to(x.dtype)
-    sn = sin[:, :, None, :].to(x.dtype)
+    c = cos[:, :, None, :].to(ct)
+    sn = sin[:, :, None, :].to(ct)
     out = torch.cat([x1 * c - x2 * sn, x2 * c + x1 * sn], dim=-1)
-    return out.reshape(b, s, h, d)
+    return out.reshape(b, s, h, d).to(x.dtype)
