@@ -54,15 +54,15 @@ class FastWeightConfig:
         if self.rule == "none":
             return
         if self.n_heads < 1:
-            raise ModelConfigError(f"fast_weight.n_heads must be >= 1, got {self.n_heads}")
+            raise ModelConfigError(f"model.fast_weight.n_heads must be >= 1, got {self.n_heads}")
         if self.chunk_size < 1:
-            raise ModelConfigError(f"fast_weight.chunk_size must be >= 1, got {self.chunk_size}")
+            raise ModelConfigError(f"model.fast_weight.chunk_size must be >= 1, got {self.chunk_size}")
         if self.inter_multi <= 0:
-            raise ModelConfigError(f"fast_weight.inter_multi must be > 0, got {self.inter_multi}")
+            raise ModelConfigError(f"model.fast_weight.inter_multi must be > 0, got {self.inter_multi}")
         if self.base_lr <= 0:
-            raise ModelConfigError(f"fast_weight.base_lr must be > 0, got {self.base_lr}")
+            raise ModelConfigError(f"model.fast_weight.base_lr must be > 0, got {self.base_lr}")
         if self.muon and self.muon_steps < 1:
-            raise ModelConfigError(f"fast_weight.muon_steps must be >= 1 when muon is on, got {self.muon_steps}")
+            raise ModelConfigError(f"model.fast_weight.muon_steps must be >= 1 when muon is on, got {self.muon_steps}")
 
 
 @dataclass
