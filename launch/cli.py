@@ -49,7 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"  checkpoints:      {summary['checkpoints']} (latest: "
           f"{_read(os.path.join(summary['checkpoints'], 'latest')) or 'none'})")
     print(f"  metrics:          {os.path.join(cfg.run.dir, 'metrics.jsonl')}")
-    print(f"  continue:         lactron train {args.config} {' '.join(args.overrides)} train.steps=<more>".rstrip())
+    kept = " ".join(o for o in args.overrides if not o.startswith("train.steps="))
+    print(f"  continue:         lactron train {args.config} {kept} train.steps=<more>".replace("  ", " "))
     return 0
 
 
@@ -107,7 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come after options (`train cfg.yaml --no-progress a.b=1`), which argparse's positional
+    # nargs="*" does not pick up; collect them here and reject anything else it did not recognise.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "command", None) == "train" and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     errors = _user_errors()
     try:
         return int(args.func(args) or 0)

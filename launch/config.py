@@ -94,6 +94,9 @@ class TrainConfig:
     eval_every: int = 0
     """Validation loss every N steps on the `val` split (0 = never)."""
     eval_batches: int = 4
+    exit_interval: int = 0
+    """Stop this invocation (after checkpointing) when the step is a multiple of N; re-run to continue.
+    Megatron's --exit-interval: for time-limited allocations (0 = run to train.steps)."""
     fw_stats_every: int = 0
     """Per-layer fast-weight statistics to TensorBoard every N steps (0 = at every log step)."""
 
@@ -104,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"train.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.log_every < 1 or self.checkpoint_every < 1:
             raise ValueError("train.log_every and train.checkpoint_every must be >= 1")
+        if self.exit_interval < 0:
+            raise ValueError(f"train.exit_interval must be >= 0, got {self.exit_interval}")
         if self.keep_last < 1:
             raise ValueError(f"train.keep_last must be >= 1, got {self.keep_last}")
 

@@ -16,7 +16,8 @@ class MetricsWriter:
 
         self.tb_dir = os.path.join(run_dir, "tb")
         self.jsonl = os.path.join(run_dir, "metrics.jsonl")
-        self.tb = SummaryWriter(self.tb_dir, purge_step=resume_step if resume_step > 0 else None)
+        # purge_step drops events with step >= it: everything after the checkpoint we resumed from.
+        self.tb = SummaryWriter(self.tb_dir, purge_step=resume_step + 1 if resume_step > 0 else None)
         _truncate_jsonl(self.jsonl, resume_step)
 
     def scalars(self, step: int, values: dict[str, float], record: Optional[dict] = None) -> None:

@@ -122,8 +122,13 @@ class Trainer:
                 t_last, steps_since = time.time(), 0
             if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
                 self._evaluate()
-            if self.step % cfg.train.checkpoint_every == 0 or self.step == steps:
+            exiting = bool(cfg.train.exit_interval) and self.step % cfg.train.exit_interval == 0
+            if self.step % cfg.train.checkpoint_every == 0 or self.step == steps or exiting:
                 self._save()
+            if exiting and self.step < steps:
+                self._say(f"stopping at step {self.step} (train.exit_interval={cfg.train.exit_interval}); "
+                          f"run the same command again to continue")
+                break
         if self.writer:
             self.writer.close()
         return self._summary(last)
