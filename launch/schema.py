@@ -54,6 +54,14 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        kinds = _kind_map(args)
+        if kinds:  # a tagged union of sections: the `kind` key picks the dataclass (first one by default)
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a mapping (section), got {type(value).__name__} {value!r}")
+            kind = value.get("kind", next(iter(kinds)))
+            if kind not in kinds:
+                raise ConfigError(f"{path}.kind: {kind!r} is not one of {', '.join(repr(k) for k in kinds)}")
+            return from_dict(kinds[kind], value, path)
         for a in args:
             if a is type(None):
                 continue
@@ -98,6 +106,19 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
         return value
     raise TypeError(f"unsupported annotation {tp!r} at {path}")  # a bug in a schema, not user input
+
+
+def _kind_map(args: tuple) -> dict:
+    """{kind: dataclass} when every member of a Union is a dataclass with a Literal `kind` field, else {}."""
+    out = {}
+    for a in args:
+        if a is type(None):
+            continue
+        if not dataclasses.is_dataclass(a) or "kind" not in {f.name for f in dataclasses.fields(a)}:
+            return {}
+        (kind,) = typing.get_args(typing.get_type_hints(a)["kind"])
+        out[kind] = a
+    return out
 
 
 def from_dict(cls: type, data: dict, path: str = "") -> Any:

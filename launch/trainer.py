@@ -18,9 +18,6 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from lactron.data.loader import build_token_loader
-from lactron.data.packing import segment_ids
-from lactron.model.lm import LaCTLM
 from lactron.parallel.checkpoint import Checkpointer
 from lactron.parallel.dims import ParallelDims, ProcessGroups, destroy_process_groups, init_distributed, \
     init_process_groups
@@ -29,6 +26,7 @@ from lactron.parallel.engine import build_engine, weight_decay_groups
 from .config import Config, config_to_yaml
 from .ds_config import deepspeed_config
 from .metrics import MetricsWriter, summarize_fw_stats
+from .tasks import build_task, inputs_to
 
 log = logging.getLogger("lactron.train")
 Report = Callable[[dict], None]
@@ -50,8 +48,9 @@ class Trainer:
     def __init__(self, cfg: Config, pg: ProcessGroups, report: Optional[Report] = None):
         self.cfg, self.pg, self.report = cfg, pg, report
         self.run_dir = cfg.run.dir
+        self.task = build_task(cfg, pg)
         torch.manual_seed(cfg.train.seed)  # identical init on every rank; data order has its own seed
-        model = LaCTLM(cfg.model)
+        model = self.task.build_model()
         self.engine, self.optimizer, self.scheduler = build_engine(
             model, deepspeed_config(cfg), pg, weight_decay_groups(model, cfg.optim.weight_decay))
         self.ckpt = Checkpointer(os.path.join(self.run_dir, "checkpoints"), pg, cfg.train.keep_last)
@@ -63,20 +62,12 @@ class Trainer:
             self.consumed_samples = found.manifest["consumed_samples"]
             data_state = state.get("data")
             self._say(f"resumed from {found.name} (step {self.step})")
-        self.loader = self._loader("train", self.consumed_samples)
+        self.loader = self.task.build_loader("train", self.consumed_samples, cfg.data.num_workers)
         if data_state is not None:
             self.loader.check_state(data_state)
         self.writer = MetricsWriter(self.run_dir, self.step) if pg.is_first else None
 
     # ------------------------------------------------------------------------------------------------ helpers
-    def _loader(self, split: str, consumed: int):
-        d = self.cfg.data
-        return build_token_loader(
-            d.path, split, seq_len=d.seq_len, micro_batch_size=d.micro_batch_size,
-            global_batch_size=self.cfg.train.global_batch_size, dp_rank=self.pg.dp_rank, dp_size=self.pg.dims.dp,
-            seed=d.seed, consumed_samples=consumed, num_workers=d.num_workers if split == "train" else 0,
-            verify=d.verify)
-
     def _say(self, msg: str) -> None:
         if self.pg.is_first:
             print(f"[lactron] {msg}", flush=True)
@@ -84,10 +75,7 @@ class Trainer:
                 self.report({"message": msg})
 
     def _batch(self, batch: dict) -> dict:
-        tokens = batch["tokens"]
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        doc_ids, positions = segment_ids(inputs, self.loader.eos_id)
-        return {"input_ids": inputs, "targets": targets, "doc_ids": doc_ids, "positions": positions}
+        return inputs_to(self.task.model_inputs(batch), self.engine.device)
 
     def _dp_mean(self, x: float) -> float:
         t = torch.tensor([x], dtype=torch.float64)
@@ -98,7 +86,7 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         steps, accum = cfg.train.steps, cfg.grad_accum
-        tokens_per_step = cfg.train.global_batch_size * cfg.data.seq_len
+        tokens_per_step = cfg.train.global_batch_size * self.task.tokens_per_sample()
         if self.step >= steps:
             self._say(f"run already complete at step {self.step} (train.steps={steps})")
             return self._summary(None)
@@ -137,9 +125,7 @@ class Trainer:
         self.engine.train()
         total = 0.0
         for micro in range(accum):
-            b = self._batch(next(it))
-            loss = self.engine(b["input_ids"], b["targets"], doc_ids=b["doc_ids"], positions=b["positions"],
-                               stats=stats if micro == 0 else None)
+            loss = self.engine(**self._batch(next(it)), stats=stats if micro == 0 else None)
             self.engine.backward(loss)
             self.engine.step()  # applies the optimizer only at the accumulation boundary
             total += loss.item()
@@ -152,7 +138,7 @@ class Trainer:
         gn = self.engine.get_global_grad_norm()
         gn = float(gn) if gn is not None else float("nan")
         lr = float(self.scheduler.get_last_lr()[0]) if self.scheduler else self.cfg.optim.lr
-        tokens = self.consumed_samples * self.cfg.data.seq_len
+        tokens = self.consumed_samples * self.task.tokens_per_sample()
         rec = {"loss": loss, "lr": lr, "grad_norm": gn, "tokens": tokens, "tokens_per_s": tok_s}
         if self.writer:
             scalars = {"train/loss": loss, "train/lr": lr, "train/grad_norm": gn, "train/tokens_per_s": tok_s,
@@ -167,12 +153,10 @@ class Trainer:
     @torch.no_grad()
     def _evaluate(self) -> float:
         self.engine.eval()
-        loader = self._loader("val", 0)
+        loader = self.task.build_loader("val", 0, 0)
         it, total, n = iter(loader), 0.0, self.cfg.train.eval_batches
         for _ in range(n):
-            b = self._batch(next(it))
-            total += self.engine(b["input_ids"], b["targets"], doc_ids=b["doc_ids"],
-                                 positions=b["positions"]).item()
+            total += self.engine(**self._batch(next(it))).item()
         val = self._dp_mean(total / n)
         if self.writer:
             self.writer.scalars(self.step, {"val/loss": val})
@@ -182,7 +166,7 @@ class Trainer:
 
     def _save(self) -> None:
         manifest = {"consumed_samples": self.consumed_samples,
-                    "tokens": self.consumed_samples * self.cfg.data.seq_len,
+                    "tokens": self.consumed_samples * self.task.tokens_per_sample(),
                     "config_yaml": config_to_yaml(self.cfg),
                     "versions": {"torch": torch.__version__, "deepspeed": _version("deepspeed")}}
         path = self.ckpt.save(self.engine, self.step, manifest, {"data": self.loader.state_dict()})

@@ -69,6 +69,7 @@ class FastWeightConfig:
 class LMConfig:
     """A decoder-only LM: per block RMSNorm -> (window attention + fast weights) -> RMSNorm -> SwiGLU MLP."""
 
+    kind: Literal["lm"] = "lm"
     vocab_size: int = 257
     """Tokenizer vocabulary (the byte tokenizer has 256 bytes + EOS)."""
     pad_vocab_to: int = 128

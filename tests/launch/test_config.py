@@ -90,3 +90,29 @@ def test_override_creates_nested_and_rejects_value_as_section():
 def test_from_dict_defaults():
     cfg = from_dict(Config, {})
     assert cfg.dp == cfg.cluster.num_workers and yaml.safe_load(config_to_yaml(cfg))["run"]["name"] == "lactron"
+
+
+def test_tagged_union_dispatches_on_kind():
+    from dataclasses import dataclass, field
+    from typing import Literal, Union
+
+    @dataclass
+    class A:
+        kind: Literal["a"] = "a"
+        x: int = 1
+
+    @dataclass
+    class B:
+        kind: Literal["b"] = "b"
+        y: int = 2
+
+    @dataclass
+    class Top:
+        model: Union[A, B] = field(default_factory=A)
+
+    assert from_dict(Top, {"model": {"x": 5}}).model == A(x=5)          # default: first member
+    assert from_dict(Top, {"model": {"kind": "b", "y": 7}}).model == B(y=7)
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.x'"):
+        from_dict(Top, {"model": {"kind": "b", "x": 7}})
+    with pytest.raises(ConfigError, match=r"model\.kind: 'c' is not one of 'a', 'b'"):
+        from_dict(Top, {"model": {"kind": "c"}})
