@@ -65,6 +65,10 @@ def build_task(cfg: Config, pg: ProcessGroups) -> Task:
     kind = getattr(cfg.model, "kind", "lm")
     if kind == "lm":
         return LMTask(cfg, pg)
+    if kind == "video":
+        from .video_task import VideoTask
+
+        return VideoTask(cfg, pg)
     raise ValueError(f"model.kind={kind!r} has no task")
 
 

@@ -1,0 +1,1 @@
+"""lactron.model.video: the autoregressive video diffusion model (Wan-style DiT with LaCT)."""
