@@ -49,8 +49,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"  checkpoints:      {summary['checkpoints']} (latest: "
           f"{_read(os.path.join(summary['checkpoints'], 'latest')) or 'none'})")
     print(f"  metrics:          {os.path.join(cfg.run.dir, 'metrics.jsonl')}")
-    kept = " ".join(o for o in args.overrides if not o.startswith("train.steps="))
-    print(f"  continue:         lactron train {args.config} {kept} train.steps=<more>".replace("  ", " "))
+    kept = [o for o in args.overrides if not o.startswith("train.steps=")]
+    print("  continue:         " + " ".join(["lactron train", args.config, *kept, "train.steps=<more>"]))
     return 0
 
 
