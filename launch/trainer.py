@@ -25,6 +25,7 @@ from lactron.parallel.engine import build_engine, weight_decay_groups
 
 from .config import Config, config_to_yaml
 from .ds_config import deepspeed_config
+from .lr_schedule import make_scheduler
 from .metrics import MetricsWriter, summarize_fw_stats
 from .tasks import build_task, inputs_to
 
@@ -52,7 +53,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # identical init on every rank; data order has its own seed
         model = self.task.build_model()
         self.engine, self.optimizer, self.scheduler = build_engine(
-            model, deepspeed_config(cfg), pg, weight_decay_groups(model, cfg.optim.weight_decay))
+            model, deepspeed_config(cfg), pg, weight_decay_groups(model, cfg.optim.weight_decay),
+            lr_scheduler=make_scheduler(cfg.optim, cfg.train.steps))
         self.ckpt = Checkpointer(os.path.join(self.run_dir, "checkpoints"), pg, cfg.train.keep_last)
         self.step, self.consumed_samples, data_state = 0, 0, None
         found = self.ckpt.resolve()
@@ -123,6 +125,7 @@ class Trainer:
 
     def _train_step(self, it, accum: int, stats: Optional[dict]) -> float:
         self.engine.train()
+        self._lr = float(self.scheduler.get_last_lr()[0])  # the lr this step's update uses (logged below)
         total = 0.0
         for micro in range(accum):
             loss = self.engine(**self._batch(next(it)), stats=stats if micro == 0 else None)
@@ -137,7 +140,7 @@ class Trainer:
     def _log(self, loss: float, stats: Optional[dict], tok_s: float) -> dict:
         gn = self.engine.get_global_grad_norm()
         gn = float(gn) if gn is not None else float("nan")
-        lr = float(self.scheduler.get_last_lr()[0]) if self.scheduler else self.cfg.optim.lr
+        lr = self._lr
         tokens = self.consumed_samples * self.task.tokens_per_sample()
         rec = {"loss": loss, "lr": lr, "grad_norm": gn, "tokens": tokens, "tokens_per_s": tok_s}
         if self.writer:

@@ -67,12 +67,14 @@ def skip_cpu_shm_build() -> None:
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
-def build_engine(model: nn.Module, ds_config: dict, pg: ProcessGroups, param_groups: Iterable[dict]):
-    """deepspeed.initialize with our mpu; returns (engine, optimizer, lr_scheduler)."""
+def build_engine(model: nn.Module, ds_config: dict, pg: ProcessGroups, param_groups: Iterable[dict],
+                 lr_scheduler=None):
+    """deepspeed.initialize with our mpu; returns (engine, optimizer, lr_scheduler). `lr_scheduler` may be a
+    callable taking the optimizer DeepSpeed builds (its state is saved in the engine checkpoint)."""
     import deepspeed
 
     if not torch.cuda.is_available():
         skip_cpu_shm_build()
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=list(param_groups), config=ds_config, mpu=MPU(pg))
+        model=model, model_parameters=list(param_groups), config=ds_config, mpu=MPU(pg), lr_scheduler=lr_scheduler)
     return engine, optimizer, scheduler
